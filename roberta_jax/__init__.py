@@ -1,0 +1,1 @@
+"""roberta_jax: RoBERTa in JAX/Flax."""
