@@ -15,3 +15,7 @@ class ConversionError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """Unusable data: empty sources, mismatched tokenizer, bad prepared directory."""
+
+
+class InputError(UserError, ValueError):
+    """Model inputs that the model cannot take: ids out of range, sequence too long."""
