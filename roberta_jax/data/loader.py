@@ -5,9 +5,10 @@ epoch) -> repeat -> this process's slice (every process_count-th element of the 
 starting at process_index) -> batch of global_batch_size // process_count -> int32 ->
 background prefetch (threads, optionally worker processes).
 
-Global step s consists of process p's s-th batch for every p; together they are
-global_batch_size consecutive elements of the shuffled stream, so the processes' blocks are
-disjoint and an epoch is covered once. With a finite num_epochs the last global batch is
+Global step s consists of process p's s-th batch for every p; together they are the
+global_batch_size consecutive elements s*G .. (s+1)*G-1 of the shuffled stream (interleaved
+by process), so the processes' blocks are disjoint, an epoch is covered once, and a global
+batch holds the same blocks whatever the number of processes. With a finite num_epochs the last global batch is
 dropped if incomplete (fewer than global_batch_size blocks left).
 
 `iter(loader).get_state()` is a small JSON-serialisable dict; `set_state(state)` on a fresh
@@ -89,6 +90,11 @@ def make_loader(prepared_dir: str, *, split: str = "train", global_batch_size: i
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
                                                  prefetch_buffer_size=prefetch))
     if worker_count > 0:
+        from absl import flags
+
+        # grain's worker processes read absl flags; outside an absl app nothing parsed them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
 
