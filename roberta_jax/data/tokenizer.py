@@ -28,7 +28,8 @@ WORD_START = "\u0120"  # byte-level BPE's "Ġ": the token begins with a space
 def train_tokenizer(sources: Iterable[str], out_dir: str, *, vocab_size: int,
                     min_frequency: int = 2, doc_split: str = "file",
                     text_field: str = "text") -> "RobertaTokenizerFast":  # noqa: F821
-    """Train a byte-level BPE of exactly `vocab_size` ids on SOURCES and save it to out_dir."""
+    """Train a byte-level BPE of `vocab_size` ids (fewer, and said so, if the text runs out of
+    merges) on SOURCES and save it to out_dir; `<mask>` is the last id."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaTokenizerFast
 
@@ -51,6 +52,9 @@ def train_tokenizer(sources: Iterable[str], out_dir: str, *, vocab_size: int,
     tok.model_max_length = 512
     tok.save_pretrained(out_dir)
     tok.backend_tokenizer.model.save(out_dir)  # vocab.json + merges.txt for slow-tokenizer users
+    if len(tok) < vocab_size:  # BPE stops when no pair reaches min_frequency; say so
+        print(f"tokenizer: the sources support only {len(tok)} of the {vocab_size} ids asked "
+              f"for (min_frequency={min_frequency})")
     print(f"tokenizer: {len(tok)} ids (<mask>={tok.mask_token_id}) -> {out_dir}")
     return tok
 
