@@ -92,11 +92,12 @@ def test_two_processes_disjoint_union_is_epoch(data104, data103, n_blocks):
     # 104 = 13 global batches exactly; of 103 the incomplete 13th global batch (7) is dropped.
     assert len(a | b) == 104 if n_blocks == 104 else len(a | b) == 96
     assert (a | b) <= set(range(n_blocks))
-    # Step s of both processes together holds the blocks of the single-process step s.
+    # Step s of both processes, stacked in process order, is the single-process step s row
+    # for row (the layout make_array_from_process_local_data expects; masks then match).
     single = [_ids(x) for x in make_loader(path, global_batch_size=8, seed=5, num_epochs=1)]
     assert len(single) == len(per_proc[0]) // 4
     for s, batch in enumerate(single):
-        assert sorted(batch) == sorted(per_proc[0][4 * s:4 * s + 4] + per_proc[1][4 * s:4 * s + 4])
+        assert batch == per_proc[0][4 * s:4 * s + 4] + per_proc[1][4 * s:4 * s + 4]
 
 
 def test_worker_processes_match_in_process(data104):

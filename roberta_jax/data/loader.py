@@ -2,13 +2,15 @@
 
 Pipeline (grain `MapDataset`): blocks -> global shuffle (seeded, a new permutation every
 epoch) -> repeat -> this process's slice (every process_count-th element of the global order,
-starting at process_index) -> batch of global_batch_size // process_count -> int32 ->
+taken as its contiguous rows of each global batch) -> batch of global_batch_size // process_count -> int32 ->
 background prefetch (threads, optionally worker processes).
 
 Global step s consists of process p's s-th batch for every p; together they are the
-global_batch_size consecutive elements s*G .. (s+1)*G-1 of the shuffled stream (interleaved
-by process), so the processes' blocks are disjoint, an epoch is covered once, and a global
-batch holds the same blocks whatever the number of processes. With a finite num_epochs the last global batch is
+global_batch_size consecutive elements s*G .. (s+1)*G-1 of the shuffled stream, process p
+holding rows p*b .. (p+1)*b-1 (b = G / process_count), which is the layout
+`jax.make_array_from_process_local_data` expects. So the processes' blocks are disjoint, an
+epoch is covered once, and the global batch is the same array, row for row, whatever the
+number of processes (so are its dynamic masks). With a finite num_epochs the last global batch is
 dropped if incomplete (fewer than global_batch_size blocks left).
 
 `iter(loader).get_state()` is a small JSON-serialisable dict; `set_state(state)` on a fresh
@@ -26,6 +28,28 @@ import numpy as np
 
 from roberta_jax.data.prepared import SPLITS, read_metadata
 from roberta_jax.errors import DataError
+
+
+class _ProcessRows(grain.MapDataset):
+    """Process `index`'s rows of every global batch: element i is global element
+    (i // b) * G + index * b + i % b. Lazy: other processes' rows are never read."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._global, self._local, self._index = global_batch, global_batch // count, index
+        self._len = len(parent) // global_batch * self._local
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        step, row = divmod(index, self._local)
+        return self._parent[step * self._global + self._index * self._local + row]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(process={self._index}, rows={self._local}/{self._global})"
 
 
 class BlockSource:
@@ -84,7 +108,7 @@ def make_loader(prepared_dir: str, *, split: str = "train", global_batch_size: i
     if num_epochs is not None:
         # Keep only whole global batches so every process yields the same number of batches.
         ds = ds[: len(ds) // global_batch_size * global_batch_size]
-    ds = ds[pi::pc]
+    ds = _ProcessRows(ds, global_batch_size, pi, pc)
     ds = ds.batch(global_batch_size // pc, drop_remainder=True)
     ds = ds.map(lambda b: b.astype(np.int32))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch,
