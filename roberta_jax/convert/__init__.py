@@ -82,8 +82,10 @@ def _new_head(config: RobertaConfig, task: str, dtype: np.dtype) -> dict:
 
 
 def _from_state(state, config: RobertaConfig, task: str | None, src_task: str,
-                allow_new_head: bool, keep_pooler: bool, cast: np.dtype | None) -> tuple[dict, str]:
-    """HF-named state (a mapping, maybe lazy) -> our params for `task` (default: src_task)."""
+                allow_new_head: bool, keep_pooler: bool,
+                cast: np.dtype | None) -> tuple[dict, str, RobertaConfig]:
+    """HF-named state (a mapping, maybe lazy) -> (our params, task, config) for `task`
+    (default: src_task)."""
     task = task or src_task
     if task not in mapping.HEAD_RULES:
         raise ConversionError(f"unknown task {task!r}; choose one of {list(mapping.HEAD_RULES)}")
@@ -91,10 +93,15 @@ def _from_state(state, config: RobertaConfig, task: str | None, src_task: str,
     pooler = keep_pooler and task == "base" and "roberta.pooler.dense.weight" in names
     new_head = None
     if allow_new_head and task != src_task:
+        if task == "question-answering" and config.num_labels != 2:
+            # A new span head has exactly two outputs (start, end) whatever the source said.
+            print(f"question-answering head: num_labels {config.num_labels} -> 2 (start, end)")
+            config = config.replace(num_labels=2, id2label_names=None)
         emb = names.get("roberta.embeddings.word_embeddings.weight")
         dtype = cast or (np.asarray(state[emb]).dtype if emb else np.dtype(np.float32))
         new_head = _new_head(config, task, dtype)
-    return mapping.hf_to_params(state, config, task, new_head=new_head, pooler=pooler), task
+    params = mapping.hf_to_params(state, config, task, new_head=new_head, pooler=pooler)
+    return params, task, config
 
 
 def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
@@ -110,8 +117,8 @@ def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
         try:
             src_task = hf.task_of_architectures(raw.get("architectures")) or \
                 mapping.infer_task(source.shapes)
-            params, task = _from_state(source, config, task, src_task, allow_new_head,
-                                       keep_pooler, cast)
+            params, task, config = _from_state(source, config, task, src_task, allow_new_head,
+                                               keep_pooler, cast)
         finally:
             source.close()
         return Loaded(params, config, task, fmt, tokenizer_dir=path)
@@ -121,7 +128,8 @@ def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
         if cast is not None:
             state = {k: v.astype(cast) for k, v in state.items()}
         src_task = mapping.infer_task({k: v.shape for k, v in state.items()})
-        params, task = _from_state(state, config, task, src_task, allow_new_head, keep_pooler, cast)
+        params, task, config = _from_state(state, config, task, src_task, allow_new_head,
+                                           keep_pooler, cast)
         dict_file = os.path.join(os.path.dirname(os.path.abspath(file)), "dict.txt")
         if vocab is None:
             print(f"note: no dict.txt beside {file}; the vocabulary is not written out")
@@ -137,8 +145,8 @@ def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
     if task is not None and task != loaded.task:
         # Another task: go through the strict HF-named map, which drops or creates heads.
         state = mapping.params_to_hf(jax.tree.map(np.asarray, loaded.params), config, loaded.task)
-        loaded.params, loaded.task = _from_state(state, config, task, loaded.task, allow_new_head,
-                                                 keep_pooler, cast)
+        loaded.params, loaded.task, loaded.config = _from_state(
+            state, config, task, loaded.task, allow_new_head, keep_pooler, cast)
     return loaded
 
 
