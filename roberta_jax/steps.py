@@ -122,6 +122,21 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     return state, shardings
 
 
+def train_state_from_params(model: nn.Module, tx: optax.GradientTransformation, params: Any,
+                            rng: jax.Array, mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+    """A step-0 state around given params (e.g. converted weights), placed in its shardings."""
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    shardings = state_shardings(model, tx, mesh, rules)
+
+    def build(params, rng):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=jax.random.key_data(rng))
+    state = jax.jit(build, in_shardings=(shardings.params, None), out_shardings=shardings)(
+        params, rng)
+    return state, shardings
+
+
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                          rules) -> tuple[TrainState, TrainState]:
     """ShapeDtypeStructs carrying the shardings of `mesh` (targets for an orbax restore)."""
@@ -133,6 +148,12 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mes
 
 
 # ---------------------------------------------------------------------------- loss
+def step_rngs(state_rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(masking key, dropout key) of an update: a fold of the state's key with the step, so a
+    sequence gets a fresh mask each time it is seen and a resumed run draws the same ones."""
+    return jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state_rng), step))
+
+
 def _mlm_sums(model: nn.Module, params, inputs_BxL, targets_BxL, weights_BxL, pad_id: int,
               max_predictions: int, dropout_rng: jax.Array | None):
     """(sum of fp32 cross-entropies, correct predictions) over scored positions; logits are
@@ -150,48 +171,36 @@ def _mlm_sums(model: nn.Module, params, inputs_BxL, targets_BxL, weights_BxL, pa
     return jnp.sum(xent_BxP * w_BxP), jnp.sum(correct_BxP * w_BxP)
 
 
-def _split_micro(x_BxL: jax.Array, accum: int) -> jax.Array:
+def _split_micro(x_BxL: jax.Array, accum: int, mesh: Mesh | None) -> jax.Array:
     """(B, L) -> (A, B/A, L) with micro-batch a = rows a, a+A, a+2A, ...: each device's
     contiguous block of rows splits evenly over the micro-batches, so no rows move."""
     B, L = x_BxL.shape
     x_AxbxL = x_BxL.reshape(B // accum, accum, L).swapaxes(0, 1)
-    return nn.with_logical_constraint(x_AxbxL, (None, "act_batch", "act_len"))
-
-
-def _sharding_context(mesh: Mesh | None, rules):
-    """Inside a traced function: make logical constraints resolve against `mesh`/`rules`."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    if rules is not None:
-        stack.enter_context(nn.logical_axis_rules(rules))
-    if mesh is not None:
-        stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
-    return stack
+    if mesh is None:
+        return x_AxbxL
+    spec = jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES, None)
+    return jax.lax.with_sharding_constraint(x_AxbxL, NamedSharding(mesh, spec))
 
 
 # ---------------------------------------------------------------------------- steps
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking: MaskingConfig,
                     *, grad_accum_steps: int = 1, schedule: optax.Schedule | None = None,
-                    mesh: Mesh | None = None, rules=None
+                    mesh: Mesh | None = None
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
     """step_fn(state, tokens_BxL) -> (new_state, metrics). Pure; jit it with jit_train_step.
 
-    mesh/rules: when given, the model's activation constraints resolve against them.
+    mesh: when given, each micro-batch is constrained to the batch sharding (rows over
+    data x fsdp). The model's own activation constraints stay inert: flax's DenseGeneral
+    applies logical constraints to its flat 2-D kernel under a mesh context (flax #3676).
     schedule: when given, metrics include 'learning_rate' (the rate of this update).
     """
     pad_id, accum = model.config.pad_token_id, int(grad_accum_steps)
 
     def step_fn(state: TrainState, tokens_BxL: jax.Array) -> tuple[TrainState, Metrics]:
-        with _sharding_context(mesh, rules):
-            return _train_step(state, tokens_BxL)
-
-    def _train_step(state, tokens_BxL):
         B, L = tokens_BxL.shape
         if B % accum:
             raise ConfigError(f"batch of {B} is not divisible by grad_accum_steps={accum}")
-        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        mask_rng, dropout_rng = jax.random.split(step_rng)
+        mask_rng, dropout_rng = step_rngs(state.rng, state.step)
         # Mask the whole batch at once: bits at the global (B, L) shape make the masks
         # independent of mesh and of the micro-batch split.
         inputs_BxL, targets_BxL, weights_BxL = masking.mask(mask_rng, tokens_BxL)
@@ -212,7 +221,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
             grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, grads)
             return (grads_acc, loss_acc + loss_sum, correct_acc + correct), None
 
-        xs = (jnp.arange(accum), *(_split_micro(x, accum) for x in
+        xs = (jnp.arange(accum), *(_split_micro(x, accum, mesh) for x in
                                    (inputs_BxL, targets_BxL, weights_BxL)))
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
         (grad_sums, loss_sum, correct), _ = jax.lax.scan(
@@ -233,20 +242,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
     return step_fn
 
 
-def make_eval_step(model: nn.Module, masking: MaskingConfig, *, mesh: Mesh | None = None,
-                   rules=None) -> Callable[[Any, jax.Array, jax.Array], Metrics]:
+def make_eval_step(model: nn.Module, masking: MaskingConfig
+                   ) -> Callable[[Any, jax.Array, jax.Array], Metrics]:
     """eval_fn(params, tokens_BxL, rng) -> {'loss_sum', 'correct_sum', 'weight_sum'}: sums,
     so the caller adds them over batches and divides once. No dropout."""
     pad_id = model.config.pad_token_id
 
     def eval_fn(params, tokens_BxL, rng):
-        with _sharding_context(mesh, rules):
-            if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-                rng = jax.random.wrap_key_data(rng)
-            inputs, targets, weights = masking.mask(rng, tokens_BxL)
-            loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id,
-                                          masking.max_predictions(tokens_BxL.shape[1]), None)
-            return {"loss_sum": loss_sum, "correct_sum": correct, "weight_sum": jnp.sum(weights)}
+        if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+            rng = jax.random.wrap_key_data(rng)
+        inputs, targets, weights = masking.mask(rng, tokens_BxL)
+        loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id,
+                                      masking.max_predictions(tokens_BxL.shape[1]), None)
+        return {"loss_sum": loss_sum, "correct_sum": correct, "weight_sum": jnp.sum(weights)}
 
     return eval_fn
 
