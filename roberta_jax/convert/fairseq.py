@@ -109,19 +109,19 @@ def load_fairseq(file: str) -> tuple[dict[str, np.ndarray], RobertaConfig, list[
     args = model_args(ckpt)
     weights = ckpt["model"]
     prefixes = {k.split(".", 1)[0] for k in weights}
-    prefix = "encoder" if "encoder" in prefixes else "decoder"
+    prefix = "encoder." if "encoder" in prefixes else "decoder."
     state, unknown, heads = {}, [], set()
     for key, tensor in weights.items():
-        if not key.startswith(prefix + ".") or key.endswith(".version") or key.endswith("_float_tensor"):
-            if not key.endswith((".version", "_float_tensor")):
-                unknown.append(key)
+        if key.endswith((".version", "_float_tensor")):  # bookkeeping buffers, not weights
             continue
-        name = _hf_name(key[len(prefix) + 1:])
+        # Heads sit beside the encoder (classification_heads.NAME...), the rest under it.
+        sub = key[len(prefix):] if key.startswith(prefix) else key
+        name = _hf_name(sub) if sub != key or key.startswith("classification_heads.") else None
         if name is None:
             unknown.append(key)
             continue
         if name.startswith("classifier."):
-            heads.add(_HEAD_RE.match(key[len(prefix) + 1:]).group(1))
+            heads.add(_HEAD_RE.match(sub).group(1))
         state[name] = torch_to_numpy(tensor)
     if unknown:
         raise ConversionError(f"{file}: keys roberta_jax cannot map: {sorted(unknown)[:20]}")
