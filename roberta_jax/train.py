@@ -83,7 +83,7 @@ def _parse_value(key: str, text: str, current: Any, kind: type | None) -> Any:
     except (ValueError, SyntaxError):
         if kind in (None, type(None)) or current is None:
             return text  # an unset (None) field takes strings as they are
-        raise ConfigError(f"--config.{key}={text!r}: expected a {kind.__name__}") from None
+        raise ConfigError(f"--config.{key}={text!r}: expected {kind.__name__}") from None
 
 
 def apply_override(cfg: ml_collections.ConfigDict, override: str) -> None:

@@ -1,0 +1,117 @@
+"""The pretraining loop end to end on a tiny model (hidden 32, 2 layers, seq 32, 8 devices):
+exact resume after SIGTERM, restore onto another mesh, metrics files, non-finite loss, and
+the CLI's one-line errors."""
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from _pretrain_helpers import (CONFIG, STEPS, corpus, read_metrics, reference_run,
+                               tiny_overrides, train_losses)
+from roberta_jax import cli
+from roberta_jax.train import NonFiniteLossError, load_config, pretrain
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return reference_run(tmp_path_factory)
+
+
+def _sigterm_at(step):
+    def on_step(s):
+        if s == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_step
+
+
+@pytest.fixture(scope="module")
+def preempted(data, tmp_path_factory):
+    """A run of the reference config stopped by a real SIGTERM after step 3 (saved, then
+    returned), and a copy of its workdir for resuming elsewhere."""
+    workdir = tmp_path_factory.mktemp("preempted") / "wd"
+    cfg = load_config(CONFIG, tiny_overrides(data))
+    result = pretrain(cfg, str(workdir), on_step=_sigterm_at(3))
+    copy = tmp_path_factory.mktemp("preempted_copy") / "wd"
+    shutil.copytree(workdir, copy)
+    return {"workdir": str(workdir), "copy": str(copy), "result": result}
+
+
+def test_reference_run_writes_metrics_checkpoints_plot(reference):
+    wd = reference["workdir"]
+    records = read_metrics(wd)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    for key in ("loss", "mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_sec",
+                "param_norm", "step_time", "mfu"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    # Untrained on 512 ids: the loss starts near ln(512) = 6.24.
+    assert abs(train[0]["loss"] - np.log(512)) < 0.3
+    assert train[0]["learning_rate"] == 0.0 and train[2]["learning_rate"] == pytest.approx(1e-3)
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [STEPS]
+    assert evals[0]["eval_perplexity"] == pytest.approx(np.exp(evals[0]["eval_loss"]), rel=1e-6)
+    assert 0.0 <= evals[0]["eval_mlm_accuracy"] <= 1.0
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
+    assert os.path.getsize(os.path.join(wd, "metrics.png")) > 10_000
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tensorboard")))
+    assert os.path.exists(os.path.join(wd, "config.json"))
+
+
+def test_sigterm_saves_and_resume_is_exact(preempted, reference, data):
+    assert preempted["result"]["preempted"] is True
+    wd = preempted["workdir"]
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3"]
+    assert sorted(train_losses(wd)) == [1, 2, 3]
+    # The same command again resumes at step 4 and finishes.
+    result = pretrain(load_config(CONFIG, tiny_overrides(data)), wd)
+    assert result["preempted"] is False and result["step"] == STEPS
+    resumed, expected = train_losses(wd), reference["losses"]
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in expected:  # same process, same compiled program: equal to 1e-6 relative
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_restore_onto_other_mesh_continues_the_same_losses(preempted, reference, data):
+    """Checkpoint from data=8, resumed on fsdp=4 x tensor=2."""
+    wd = preempted["copy"]
+    cfg = load_config(CONFIG, tiny_overrides(data, **{"mesh.data": 1, "mesh.fsdp": 4,
+                                                      "mesh.tensor": 2}))
+    pretrain(cfg, wd)
+    resumed, expected = train_losses(wd), reference["losses"]
+    # Other shardings reduce in another order: float32 rounding, nothing more.
+    for step in range(4, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_non_finite_loss_stops_naming_the_step(data, tmp_path, capsys):
+    argv = ["pretrain", "--config", CONFIG, "--workdir", str(tmp_path / "wd"),
+            *tiny_overrides(data, learning_rate=1e30, warmup_steps=0, max_grad_norm=0.0)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "loss is nan at step 2" in err, err
+    with pytest.raises(NonFiniteLossError):
+        pretrain(load_config(CONFIG, tiny_overrides(data, learning_rate=1e30, warmup_steps=0,
+                                                    max_grad_norm=0.0)), str(tmp_path / "wd2"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.mesh.data=3", "mesh data=3"),
+    ("--config.no_such_key=1", "unknown config key 'no_such_key'"),
+    ("--config.mesh.fsdp=two", "--config.mesh.fsdp='two': expected int"),
+    ("--config.batch_size=12", "not divisible by data*fsdp"),
+])
+def test_bad_config_exits_2_with_one_line(data, tmp_path, capsys, override, message):
+    argv = ["pretrain", "--config", CONFIG, "--workdir", str(tmp_path / "wd"),
+            *tiny_overrides(data), override]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
