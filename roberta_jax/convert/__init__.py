@@ -32,14 +32,14 @@ def detect_format(path: str | os.PathLike) -> str:
             return "fairseq"
         raise ConversionError(f"{path!r} is a file but not a fairseq .pt checkpoint; pass an HF "
                               f"or roberta_jax model directory, a fairseq .pt, or a pretraining workdir")
+    if workdir.is_workdir(path):
+        return "workdir"
     if os.path.isfile(os.path.join(path, "config.json")):
         hf.read_config(path)  # refuses non-RoBERTa model types early, naming them
         if hf.weight_files(path):
             return "hf"
         if jax_dir.is_jax_dir(path):
             return "jax"
-    if workdir.is_workdir(path):
-        return "workdir"
     if os.path.isfile(os.path.join(path, "model.pt")):
         return "fairseq"
     raise ConversionError(f"{path!r} holds no checkpoint roberta_jax reads (expected an HF dir with "
