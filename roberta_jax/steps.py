@@ -130,8 +130,9 @@ def train_state_from_params(model: nn.Module, tx: optax.GradientTransformation, 
     shardings = state_shardings(model, tx, mesh, rules)
 
     def build(params, rng):
+        _, train_rng = jax.random.split(rng)  # the same training key as create_train_state
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=jax.random.key_data(rng))
+                          opt_state=tx.init(params), rng=jax.random.key_data(train_rng))
     state = jax.jit(build, in_shardings=(shardings.params, None), out_shardings=shardings)(
         params, rng)
     return state, shardings
@@ -232,8 +233,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss_sum / denom, "mlm_accuracy": correct / denom,
-                   "scored_tokens": scored, "grad_norm": optax.global_norm(grads),
-                   "param_norm": optax.global_norm(params)}
+                   "scored_tokens": scored, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(params)}
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
