@@ -267,7 +267,7 @@ def save_pretrained(out_dir, params, config: RobertaConfig, task: str | None = N
     import flax.linen as nn
 
     out_dir = os.fspath(out_dir)
-    params = nn.unbox(params)
+    params = nn.unbox(params)  # also a fresh tree: writers may swap its leaves, never the caller's
     task = task or jax_dir.task_of_params(params)
     tokenizer_dir = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None
     loaded = Loaded(params, config, task, "memory", tokenizer_dir=tokenizer_dir)

@@ -47,6 +47,7 @@ def save_jax_dir(out_dir: str, params, config: RobertaConfig, task: str, *,
     import orbax.checkpoint as ocp
 
     os.makedirs(out_dir, exist_ok=True)
+    params = _numpy_leaves_to_jax(params)
     checkpointer = ocp.StandardCheckpointer()
     # orbax writes to a temporary directory and renames it when complete (atomic).
     checkpointer.save(os.path.abspath(os.path.join(out_dir, PARAMS_DIR)), params, force=True)
@@ -58,6 +59,17 @@ def save_jax_dir(out_dir: str, params, config: RobertaConfig, task: str, *,
                                      dtype=dtypes.pop() if len(dtypes) == 1 else None))
         files += hf.copy_tokenizer(tokenizer_dir, out_dir)
     return files
+
+
+def _numpy_leaves_to_jax(tree):
+    """Host numpy leaves -> jax arrays, one at a time, in the (dict) tree itself: orbax snapshots
+    numpy arrays with a full extra copy before writing, jax arrays without, and replacing leaf
+    by leaf lets each numpy buffer go as soon as its jax copy exists."""
+    if not isinstance(tree, dict):
+        return jax.device_put(tree) if isinstance(tree, np.ndarray) else tree
+    for k in list(tree):
+        tree[k] = _numpy_leaves_to_jax(tree[k])
+    return tree
 
 
 def read_config(path: str) -> tuple[RobertaConfig, str, dict]:
