@@ -56,10 +56,12 @@ def test_config_and_vocab(light):
     cfg = rj.RobertaConfig.from_pretrained(light / "hf")
     assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
             cfg.intermediate_size, cfg.max_position_embeddings) == (25, 128, 4, 8, 256, 130)
-    for d in ("hf", "jax"):
+    convert(light / "hf", light / "jax_from_hf", to="jax")  # the vocabulary travels along
+    for d in ("hf", "jax", "jax_from_hf"):
         assert (light / d / VOCAB_FILE).read_text().splitlines() == vocab
         assert "fairseq" in json.load(open(light / d / "config.json"))["roberta_jax_vocab"]
-        assert (light / d / "dict.txt").exists() and "fairseq" in (light / d / "README.md").read_text()
+        assert (light / d / "dict.txt").exists()
+    assert "fairseq" in (light / "hf" / "README.md").read_text()
     assert detect_format(LIGHT) == "fairseq"
 
 

@@ -69,6 +69,13 @@ class Loaded:
     tokenizer_dir: str | None = None
     vocab: list[str] | None = None
     dict_file: str | None = None
+    extra_config: dict | None = None
+
+
+def _extra_config(path: str) -> dict:
+    """Keys of ours in a source config.json that the output's config.json keeps."""
+    raw = hf.read_config(path)[1]
+    return {k: raw[k] for k in hf.EXTRA_CONFIG_KEYS if k in raw}
 
 
 def _new_head(config: RobertaConfig, task: str, dtype: np.dtype) -> dict:
@@ -121,7 +128,7 @@ def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
                                                keep_pooler, cast)
         finally:
             source.close()
-        return Loaded(params, config, task, fmt, tokenizer_dir=path)
+        return Loaded(params, config, task, fmt, tokenizer_dir=path, extra_config=_extra_config(path))
     if fmt == "fairseq":
         file = path if os.path.isfile(path) else os.path.join(path, "model.pt")
         state, config, vocab = fairseq.load_fairseq(file)
@@ -138,7 +145,8 @@ def load(path: str | os.PathLike, *, task: str | None = None, dtype=None,
     if fmt == "jax":
         params, config, src_task = jax_dir.load_jax_dir(
             path, shardings=shardings if task in (None, _saved_task(path)) else None, dtype=cast)
-        loaded = Loaded(params, config, src_task, fmt, tokenizer_dir=path)
+        loaded = Loaded(params, config, src_task, fmt, tokenizer_dir=path,
+                        extra_config=_extra_config(path))
     else:
         params, config = workdir.load_workdir_params(path, step, dtype=cast)
         loaded = Loaded(params, config, jax_dir.task_of_params(params), fmt)
@@ -156,7 +164,9 @@ def _saved_task(path: str) -> str:
 
 def _write(loaded: Loaded, dst: str, to: str, *,
            max_shard_size: int = hf.DEFAULT_MAX_SHARD_SIZE) -> list[str]:
-    extra = {"roberta_jax_vocab": fairseq.VOCAB_NOTE} if loaded.vocab is not None else None
+    extra = dict(loaded.extra_config or {})
+    if loaded.vocab is not None:
+        extra["roberta_jax_vocab"] = fairseq.VOCAB_NOTE
     if to == "hf":
         host = jax.tree.map(_to_host, loaded.params)
         state = mapping.params_to_hf(host, loaded.config, loaded.task)

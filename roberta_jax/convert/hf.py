@@ -27,7 +27,10 @@ TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "dict.txt")
+                   "special_tokens_map.json", "added_tokens.json", "dict.txt",
+                   "vocab_fairseq.txt")
+# config.json keys of ours beyond RobertaConfig's that a conversion carries along.
+EXTRA_CONFIG_KEYS = ("roberta_jax_vocab",)
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' default "5GB"
 # Architecture suffix -> task; covers RobertaFor*, XLMRobertaFor*, CamembertFor*, ...
 _ARCH_SUFFIX_TASK = [("ForMaskedLM", "masked-lm"), ("ForCausalLM", "masked-lm"),
