@@ -32,7 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 # config.json keys of ours beyond RobertaConfig's that a conversion carries along.
 EXTRA_CONFIG_KEYS = ("roberta_jax_vocab",)
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9  # transformers' default "5GB"
-# Architecture suffix -> task; covers RobertaFor*, XLMRobertaFor*, CamembertFor*, ...
+# Architecture suffix -> task; covers RobertaFor* and XLMRobertaFor*.
 _ARCH_SUFFIX_TASK = [("ForMaskedLM", "masked-lm"), ("ForCausalLM", "masked-lm"),
                      ("ForSequenceClassification", "sequence-classification"),
                      ("ForTokenClassification", "token-classification"),
@@ -57,7 +57,7 @@ def read_config(path: str) -> tuple[RobertaConfig, dict]:
     except json.JSONDecodeError as e:
         raise ConversionError(f"{file} is not valid JSON: {e}") from None
     model_type = raw.get("model_type")
-    if model_type not in ("roberta", "xlm-roberta", "camembert"):
+    if model_type not in ("roberta", "xlm-roberta"):
         raise ConversionError(f"{path!r} holds a model_type={model_type!r} checkpoint; roberta_jax "
                               f"converts only RoBERTa models (model_type 'roberta')")
     try:
