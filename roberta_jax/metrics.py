@@ -3,15 +3,17 @@ TensorBoard, the console, a PNG plot).
 
 FLOPs per trained token (forward + backward = 3 x forward; 2 FLOPs per multiply-add):
 
-    flops_per_token = 6 * N + 12 * n_layers * hidden_size * seq_len
+    flops_per_token = 6 * (N - E) + 6 * V * D * P / L + 12 * n_layers * D * L
 
-N is every parameter of the masked-LM model (embeddings included: the decoder reuses the word
-embedding matrix as a matmul); the second term is attention's QK^T and AV matmuls (2 matmuls x
-2 FLOPs x L x D per token per layer, x3 for the backward pass). The formula is the usual one
-(Kaplan et al. 2020; PaLM appendix B) and slightly over-counts this model: the LM head runs
-only at the ~15% scored positions. MFU = flops_per_token * tokens/s / (peak FLOP/s per chip x
-chips), with the table below (dense bf16 peaks) on accelerators and a measured float32 matmul
-rate per host on CPU.
+N: all parameters; E: the embedding tables (word V x D, position, token type), which are
+lookups, not matmuls; the tied decoder (V x D) is a matmul, but only at the P = max_predictions
+scored positions of each L-token sequence (logits are computed only there); the last term is
+attention's QK^T and AV (2 matmuls x 2 FLOPs x L x D per token per layer, x3 for backward).
+The usual 6 N + 12 n_layers D L (Kaplan et al. 2020) counts every embedding parameter as a
+matmul at every position: for roberta-base at L=512 it is 1.33x this count, for the CPU demo's
+embedding-dominated tiny model about 3x, so MFU from it would be inflated.
+MFU = flops_per_token * tokens/s / (peak FLOP/s per chip x chips), with the table below (dense
+bf16 peaks) on accelerators and a measured float32 matmul rate per host on CPU.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 }
 
 
-def flops_per_token(model_config: RobertaConfig, num_params: int, seq_len: int) -> float:
+def flops_per_token(model_config: RobertaConfig, num_params: int, seq_len: int,
+                    predictions_per_seq: int) -> float:
     """Training FLOPs per token; see the module docstring for the formula."""
-    attention = 12 * model_config.num_hidden_layers * model_config.hidden_size * seq_len
-    return 6.0 * num_params + attention
+    c = model_config
+    embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * c.hidden_size
+    decoder = 6.0 * c.vocab_size * c.hidden_size * predictions_per_seq / seq_len
+    attention = 12.0 * c.num_hidden_layers * c.hidden_size * seq_len
+    return 6.0 * (num_params - embeddings) + decoder + attention
 
 
 _CPU_PEAK: float | None = None

@@ -344,7 +344,8 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
         np.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed + 1), i))
                   for i in range(cfg.eval_batches)]), sharding.replicated(mesh))
     num_params = param_count(state.params)
-    flops = metrics_lib.flops_per_token(model_config, num_params, cfg.seq_len)
+    flops = metrics_lib.flops_per_token(model_config, num_params, cfg.seq_len,
+                                         masking.max_predictions(cfg.seq_len))
     peak, peak_source = metrics_lib.peak_flops()
     if primary:
         print(f"model: {num_params:,} params, {flops / 1e6:.1f} MFLOP/token; mesh "

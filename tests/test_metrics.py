@@ -12,8 +12,11 @@ from roberta_jax.config import RobertaConfig
 
 def test_flops_per_token_formula():
     cfg = RobertaConfig.preset("base")
-    # 6 N + 12 * layers * hidden * seq: 6 * 125e6 + 12 * 12 * 768 * 512.
-    assert m.flops_per_token(cfg, 125_000_000, 512) == 6 * 125e6 + 12 * 12 * 768 * 512
+    n, emb = 124_697_433, (50265 + 514 + 1) * 768  # roberta-base's masked-LM parameters
+    want = 6 * (n - emb) + 6 * 50265 * 768 * 77 / 512 + 12 * 12 * 768 * 512
+    assert m.flops_per_token(cfg, n, 512, 77) == pytest.approx(want, rel=1e-12)
+    # The textbook 6 N + 12 n_layers D L counts the 39M embedding weights at every position.
+    assert (6 * n + 12 * 12 * 768 * 512) / want == pytest.approx(1.33, abs=0.01)
 
 
 @pytest.mark.parametrize("kind, peak", [
