@@ -118,7 +118,10 @@ class RobertaConfig:
         kw = {k: d.get(k, v) for k, v in _HF_DEFAULTS.items()}
         if "id2label" in d and d["id2label"]:
             id2label = {int(k): v for k, v in d["id2label"].items()}
-            kw["id2label_names"] = tuple(id2label[i] for i in range(len(id2label)))
+            names = tuple(id2label[i] for i in range(len(id2label)))
+            # transformers writes LABEL_i when no names were given; keep "no names" as None.
+            default = tuple(f"LABEL_{i}" for i in range(len(names)))
+            kw["id2label_names"] = None if names == default else names
             kw["num_labels"] = len(id2label)
         elif "num_labels" in d:
             kw["num_labels"] = int(d["num_labels"])

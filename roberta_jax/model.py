@@ -133,19 +133,38 @@ class Embeddings(_Module):
         return _constrain(x, ("act_batch", "act_len", "act_embed"))
 
 
+class HeadsDense(_Module):
+    """Dense between (..., D) and (..., H, K): q/k/v projections (to_heads) and the attention
+    output. Explicit params + einsum rather than nn.DenseGeneral, which re-runs its
+    initialiser on a flat 2-D kernel and so breaks 3-axis logical constraints under a mesh
+    (flax #3676). Param names and shapes are DenseGeneral's."""
+
+    to_heads: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, init = self.config, _Init(self.config)
+        D, H, K = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+        if self.to_heads:
+            kernel = self.param("kernel", init.kernel("embed", "heads", "kv"), (D, H, K), self.param_dtype)
+            bias = self.param("bias", init.zeros("heads", "kv"), (H, K), self.param_dtype)
+            y = jnp.einsum("...d,dhk->...hk", x, kernel.astype(self.dtype))
+        else:
+            kernel = self.param("kernel", init.kernel("heads", "kv", "embed"), (H, K, D), self.param_dtype)
+            bias = self.param("bias", init.zeros("embed"), (D,), self.param_dtype)
+            y = jnp.einsum("...hk,hkd->...d", x, kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
 class SelfAttention(_Module):
     deterministic: bool = True
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL):
-        cfg, init = self.config, _Init(self.config)
-        n_heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        cfg, head_dim = self.config, self.config.head_dim
 
         def project(name):
-            return nn.DenseGeneral((n_heads, head_dim), axis=-1, dtype=self.dtype,
-                                   param_dtype=self.param_dtype,
-                                   kernel_init=init.kernel("embed", "heads", "kv"),
-                                   bias_init=init.zeros("heads", "kv"), name=name)(x_BxLxD)
+            return HeadsDense(cfg, self.dtype, self.param_dtype, to_heads=True, name=name)(x_BxLxD)
 
         heads = ("act_batch", "act_len", "act_heads", None)
         q_BxLxHxK = _constrain(project("query"), heads)
@@ -164,10 +183,7 @@ class SelfAttention(_Module):
             probs = nn.Dropout(rate)(jax.nn.softmax(logits, axis=-1), deterministic=False)
             ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxLxHxK.dtype), v_BxLxHxK)
         ctx = _constrain(ctx, heads)
-        return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=self.dtype,
-                               param_dtype=self.param_dtype,
-                               kernel_init=init.kernel("heads", "kv", "embed"),
-                               bias_init=init.zeros("embed"), name="output")(ctx)
+        return HeadsDense(cfg, self.dtype, self.param_dtype, to_heads=False, name="output")(ctx)
 
 
 class Layer(_Module):

@@ -7,6 +7,7 @@ whole global batch, so it is the same on any mesh and for any number of micro-ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -155,17 +156,29 @@ def step_rngs(state_rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Arr
     return jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state_rng), step))
 
 
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None, rules):
+    """Makes the model's `nn.with_logical_constraint`s bind: the mesh (abstract, valid inside
+    jit) and the logical rules. Without both they are no-ops and GSPMD guesses."""
+    if mesh is None or rules is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+        yield
+
+
 def _mlm_sums(model: nn.Module, params, inputs_BxL, targets_BxL, weights_BxL, pad_id: int,
-              max_predictions: int, dropout_rng: jax.Array | None):
+              max_predictions: int, dropout_rng: jax.Array | None, mesh=None, rules=None):
     """(sum of fp32 cross-entropies, correct predictions) over scored positions; logits are
     computed only at the gathered scored positions."""
     positions_BxP, tgt_BxP, w_BxP = masking_lib.gather_scored(targets_BxL, weights_BxL,
                                                               max_predictions)
     deterministic = dropout_rng is None
-    logits_BxPxV = model.apply(
-        {"params": params}, inputs_BxL, attention_mask=targets_BxL != pad_id,
-        deterministic=deterministic, masked_positions=positions_BxP,
-        rngs=None if deterministic else {"dropout": dropout_rng})
+    with activation_sharding(mesh, rules):
+        logits_BxPxV = model.apply(
+            {"params": params}, inputs_BxL, attention_mask=targets_BxL != pad_id,
+            deterministic=deterministic, masked_positions=positions_BxP,
+            rngs=None if deterministic else {"dropout": dropout_rng})
     logits_BxPxV = logits_BxPxV.astype(jnp.float32)
     xent_BxP = optax.softmax_cross_entropy_with_integer_labels(logits_BxPxV, tgt_BxP)
     correct_BxP = (jnp.argmax(logits_BxPxV, axis=-1) == tgt_BxP).astype(jnp.float32)
@@ -186,13 +199,12 @@ def _split_micro(x_BxL: jax.Array, accum: int, mesh: Mesh | None) -> jax.Array:
 # ---------------------------------------------------------------------------- steps
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking: MaskingConfig,
                     *, grad_accum_steps: int = 1, schedule: optax.Schedule | None = None,
-                    mesh: Mesh | None = None
+                    mesh: Mesh | None = None, rules=None
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
     """step_fn(state, tokens_BxL) -> (new_state, metrics). Pure; jit it with jit_train_step.
 
     mesh: when given, each micro-batch is constrained to the batch sharding (rows over
-    data x fsdp). The model's own activation constraints stay inert: flax's DenseGeneral
-    applies logical constraints to its flat 2-D kernel under a mesh context (flax #3676).
+    data x fsdp); with `rules` too, the model's activation constraints bind as well.
     schedule: when given, metrics include 'learning_rate' (the rate of this update).
     """
     pad_id, accum = model.config.pad_token_id, int(grad_accum_steps)
@@ -214,7 +226,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
 
             def loss_sum_fn(params):
                 loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id, P,
-                                              jax.random.fold_in(dropout_rng, i))
+                                              jax.random.fold_in(dropout_rng, i), mesh, rules)
                 return loss_sum, correct
 
             (loss_sum, correct), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(
@@ -243,8 +255,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
     return step_fn
 
 
-def make_eval_step(model: nn.Module, masking: MaskingConfig
-                   ) -> Callable[[Any, jax.Array, jax.Array], Metrics]:
+def make_eval_step(model: nn.Module, masking: MaskingConfig, *, mesh: Mesh | None = None,
+                   rules=None) -> Callable[[Any, jax.Array, jax.Array], Metrics]:
     """eval_fn(params, tokens_BxL, rng) -> {'loss_sum', 'correct_sum', 'weight_sum'}: sums,
     so the caller adds them over batches and divides once. No dropout."""
     pad_id = model.config.pad_token_id
@@ -254,7 +266,8 @@ def make_eval_step(model: nn.Module, masking: MaskingConfig
             rng = jax.random.wrap_key_data(rng)
         inputs, targets, weights = masking.mask(rng, tokens_BxL)
         loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id,
-                                      masking.max_predictions(tokens_BxL.shape[1]), None)
+                                      masking.max_predictions(tokens_BxL.shape[1]), None,
+                                      mesh, rules)
         return {"loss_sum": loss_sum, "correct_sum": correct, "weight_sum": jnp.sum(weights)}
 
     return eval_fn

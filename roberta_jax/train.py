@@ -332,13 +332,13 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------- compiled steps
     step_fn = steps.make_train_step(model, tx, masking, grad_accum_steps=cfg.grad_accum_steps,
-                                    schedule=schedule, mesh=mesh)
+                                    schedule=schedule, mesh=mesh, rules=rules)
     batch_struct = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len), jnp.int32,
                                         sharding=batch_sharding)
     t0 = time.perf_counter()
     train_step = steps.jit_train_step(step_fn, state_shardings, batch_sharding).lower(
         abstract, batch_struct).compile()
-    eval_step = steps.jit_eval_step(steps.make_eval_step(model, masking),
+    eval_step = steps.jit_eval_step(steps.make_eval_step(model, masking, mesh=mesh, rules=rules),
                                     state_shardings.params, batch_sharding)
     eval_rngs = jax.device_put(
         np.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed + 1), i))

@@ -53,7 +53,7 @@ def run(mesh_shape=(1, 1, 1), *, config=CFG, dtype=jnp.float32, accum=1, batch=1
     batch_sh = sharding.batch_sharding(mesh)
     step = steps.jit_train_step(
         steps.make_train_step(model, tx, MASKING, grad_accum_steps=accum,
-                              schedule=optim.make_schedule(OPT), mesh=mesh),
+                              schedule=optim.make_schedule(OPT), mesh=mesh, rules=rules),
         shardings, batch_sh)
     tokens = jax.device_put(make_tokens(batch), batch_sh)
     losses = []
