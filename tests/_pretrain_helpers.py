@@ -19,7 +19,8 @@ def tiny_overrides(corpus: dict, **extra) -> list[str]:
               "model.hidden_size": 32, "model.num_attention_heads": 2,
               "model.intermediate_size": 64, "model.max_position_embeddings": 40,
               "model.hidden_dropout_prob": 0.1, "model.attention_probs_dropout_prob": 0.1,
-              "steps": STEPS, "batch_size": 16, "warmup_steps": 2, "log_every": 1,
+              "steps": STEPS, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 2,
+              "log_every": 1,
               "eval_every": STEPS, "eval_batches": 2, "checkpoint_every": 3,
               "keep_checkpoints": 3, **extra}
     return [f"--config.{k}={v}" for k, v in values.items()]
