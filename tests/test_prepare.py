@@ -200,3 +200,14 @@ def test_train_time_checks(corpus, prepared):
         check_max_positions(out, SEQ + 1)
     with pytest.raises(DataError, match="vocab_size 1000 but the model only 500"):
         check_max_positions(out, 514, vocab_size=500)
+
+
+def test_hf_source_reads_a_local_dataset_directory(tmp_path):
+    """`hf:NAME` goes through datasets.load_dataset; a local directory of JSON lines is a
+    dataset name that needs no hub, so the real loading path runs offline."""
+    (tmp_path / "hfds").mkdir()
+    (tmp_path / "hfds" / "train.jsonl").write_text('{"text": "One."}\n{"text": "Two."}\n')
+    docs = list(iter_documents([f"hf:{tmp_path / 'hfds'}"], SourceStats()))
+    assert docs == ["One.", "Two."]
+    with pytest.raises(DataError, match="cannot load hf:"):
+        list(iter_documents([f"hf:{tmp_path / 'missing'}"], SourceStats()))
