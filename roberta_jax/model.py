@@ -114,19 +114,32 @@ class _Module(nn.Module):
                             bias_init=_Init.zeros("embed"), name=name)
 
 
+class Embed(_Module):
+    """Table lookup. The table is gathered whole before the lookup: sharded over `embed` (FSDP)
+    a lookup's output would come out split along the hidden dim and need an all-to-all into
+    the batch sharding, which XLA can only do by full rematerialisation."""
+
+    rows: int = 0
+    row_axis: str | None = None
+    zero_pad_row: bool = True
+
+    @nn.compact
+    def __call__(self, ids):
+        init = _Init(self.config).embedding(self.row_axis, "embed", zero_pad_row=self.zero_pad_row)
+        table = self.param("embedding", init, (self.rows, self.config.hidden_size), self.param_dtype)
+        table = _constrain(table, (None, None))
+        return jnp.take(table.astype(self.dtype), ids, axis=0)
+
+
 class Embeddings(_Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
-        cfg, init = self.config, _Init(self.config)
-        embed = functools.partial(nn.Embed, dtype=self.dtype, param_dtype=self.param_dtype)
-        words = embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init.embedding("vocab", "embed"),
-                      name="word_embeddings")(input_ids)
-        types = embed(cfg.type_vocab_size, cfg.hidden_size,
-                      embedding_init=init.embedding(None, "embed", zero_pad_row=False),
+        cfg = self.config
+        embed = functools.partial(Embed, cfg, self.dtype, self.param_dtype)
+        words = embed(cfg.vocab_size, "vocab", name="word_embeddings")(input_ids)
+        types = embed(cfg.type_vocab_size, None, zero_pad_row=False,
                       name="token_type_embeddings")(token_type_ids)
-        positions = embed(cfg.max_position_embeddings, cfg.hidden_size,
-                          embedding_init=init.embedding(None, "embed"),
-                          name="position_embeddings")(position_ids)
+        positions = embed(cfg.max_position_embeddings, None, name="position_embeddings")(position_ids)
         x = (words + types) + positions  # HF's order of additions
         x = self.layer_norm("LayerNorm")(x)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
