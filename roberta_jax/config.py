@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from typing import Any
 
@@ -28,6 +29,11 @@ _HF_DEFAULTS = dict(
     eos_token_id=2, classifier_dropout=None,
 )
 _IMPL_FIELDS = ("scan_layers", "remat_policy", "attention_impl")
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
+               "num_labels")
+_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                 "layer_norm_eps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +65,16 @@ class RobertaConfig:
     attention_impl: str = "xla"
 
     def __post_init__(self):
+        # Type checks first: a string "768" from a hand-edited config.json must not surface
+        # as an arithmetic TypeError further down.
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name}={value!r} must be an integer")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{name}={value!r} must be a number")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not divisible by "
@@ -117,7 +133,13 @@ class RobertaConfig:
             raise ConfigError(f"position_embedding_type={pet!r} is not supported (only 'absolute')")
         kw = {k: d.get(k, v) for k, v in _HF_DEFAULTS.items()}
         if "id2label" in d and d["id2label"]:
-            id2label = {int(k): v for k, v in d["id2label"].items()}
+            try:
+                id2label = {int(k): v for k, v in dict(d["id2label"]).items()}
+            except (TypeError, ValueError):
+                raise ConfigError(f"id2label={d['id2label']!r} is not a mapping of label ids "
+                                  f"to names") from None
+            if sorted(id2label) != list(range(len(id2label))):
+                raise ConfigError(f"id2label ids {sorted(id2label)} are not 0..{len(id2label) - 1}")
             names = tuple(id2label[i] for i in range(len(id2label)))
             # transformers writes LABEL_i when no names were given; keep "no names" as None.
             default = tuple(f"LABEL_{i}" for i in range(len(names)))
@@ -155,8 +177,10 @@ class RobertaConfig:
         try:
             with open(file) as f:
                 d = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{file} holds a JSON {type(d).__name__}, not an object of config fields")
         return cls.from_hf_dict(d, **overrides)
 
     def save(self, directory: str | os.PathLike, architectures: list[str] | None = None) -> str:

@@ -54,8 +54,10 @@ def read_config(path: str) -> tuple[RobertaConfig, dict]:
             raw = json.load(f)
     except FileNotFoundError:
         raise ConversionError(f"{path!r} has no config.json") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConversionError(f"{file} holds a JSON {type(raw).__name__}, not an object of config fields")
     model_type = raw.get("model_type")
     if model_type not in ("roberta", "xlm-roberta"):
         raise ConversionError(f"{path!r} holds a model_type={model_type!r} checkpoint; roberta_jax "
@@ -130,14 +132,29 @@ class TensorSource(Mapping):
 def _safetensors_source(files: list[str]) -> tuple[dict, Callable]:
     from safetensors import safe_open
 
-    handles, owner, shapes = [], {}, {}
+    owner, shapes = {}, {}
     for file in files:
-        h = safe_open(file, framework="np")
-        handles.append(h)
-        for k in h.keys():
-            owner[k] = h
-            shapes[k] = tuple(h.get_slice(k).get_shape())
-    return shapes, lambda k: owner[k].get_tensor(k)
+        try:
+            h = safe_open(file, framework="np")
+            for k in h.keys():
+                owner[k] = (h, file)
+                shapes[k] = tuple(h.get_slice(k).get_shape())
+        except Exception as e:  # SafetensorError and friends: a truncated or foreign file
+            raise ConversionError(f"{file!r} is not a readable safetensors file: {_first_line(e)}") from None
+
+    def get(k: str) -> np.ndarray:
+        h, file = owner[k]
+        try:
+            return h.get_tensor(k)
+        except Exception as e:
+            raise ConversionError(f"cannot read tensor {k!r} from {file!r}: {_first_line(e)}") from None
+
+    return shapes, get
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def torch_to_numpy(t) -> np.ndarray:
@@ -163,10 +180,14 @@ def torch_load(file: str, allowed_globals: tuple = ()) -> dict:
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
         raise ConversionError(f"refusing to load {file!r}: it is not a plain tensor checkpoint "
-                              f"(torch.load(weights_only=True) said: {first[:300]})") from None
+                              f"(torch.load(weights_only=True) said: {_first_line(e)})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # truncated zip, junk bytes, ...: torch raises many types
+        raise ConversionError(f"cannot read {file!r} as a PyTorch checkpoint (torch.load said: "
+                              f"{type(e).__name__}: {_first_line(e)})") from None
 
 
 def _torch_source(files: list[str]) -> tuple[dict, Callable]:
@@ -189,8 +210,7 @@ def open_weights(path: str, cast: np.dtype | None = None) -> TensorSource:
                               f"found {sorted(os.listdir(path))}")
     first = present[0]
     if first.endswith(".index.json"):
-        with open(os.path.join(path, first)) as f:
-            shard_names = sorted(set(json.load(f)["weight_map"].values()))
+        shard_names = _shard_names(os.path.join(path, first))
         files = [os.path.join(path, s) for s in shard_names]
         missing = [s for s in files if not os.path.isfile(s)]
         if missing:
@@ -200,6 +220,18 @@ def open_weights(path: str, cast: np.dtype | None = None) -> TensorSource:
     make = _safetensors_source if first.startswith("model.safetensors") else _torch_source
     shapes, get = make(files)
     return TensorSource(shapes, get, cast, desc=f"reading {os.path.basename(path) or path}")
+
+
+def _shard_names(index_file: str) -> list[str]:
+    """The shard files an index.json's weight_map names."""
+    try:
+        with open(index_file) as f:
+            weight_map = json.load(f)["weight_map"]
+        return sorted({str(v) for v in weight_map.values()})
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{index_file} is not valid JSON: {e}") from None
+    except (KeyError, TypeError, AttributeError):
+        raise ConversionError(f"{index_file} has no 'weight_map' object (name -> shard file)") from None
 
 
 # ------------------------------------------------------------------------------ writing
@@ -264,8 +296,19 @@ def save_hf(out_dir: str, state: Mapping[str, np.ndarray], config: RobertaConfig
             max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> list[str]:
     """A directory that transformers' AutoModelFor<task>.from_pretrained loads."""
     os.makedirs(out_dir, exist_ok=True)
+    # config.json is the completion marker: removed first and written last, so an interrupted
+    # save (over an earlier one, too) never leaves weights that look loadable.
+    remove_config(out_dir)
     dtypes = {str(x.dtype) for x in state.values()}
     files = write_weights(out_dir, state, max_shard_size)
+    files += copy_tokenizer(tokenizer_dir, out_dir)
     files.append(write_config(out_dir, config, task, extra=extra_config,
                               dtype=dtypes.pop() if len(dtypes) == 1 else None))
-    return files + copy_tokenizer(tokenizer_dir, out_dir)
+    return files
+
+
+def remove_config(out_dir: str) -> None:
+    try:
+        os.remove(os.path.join(out_dir, "config.json"))
+    except FileNotFoundError:
+        pass

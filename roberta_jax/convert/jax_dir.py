@@ -15,6 +15,7 @@ import numpy as np
 
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import hf, mapping
+from roberta_jax.convert.hf import _first_line
 from roberta_jax.errors import ConversionError
 
 PARAMS_DIR = "params"
@@ -47,17 +48,19 @@ def save_jax_dir(out_dir: str, params, config: RobertaConfig, task: str, *,
     import orbax.checkpoint as ocp
 
     os.makedirs(out_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        hf.remove_config(out_dir)  # config.json marks a complete directory: it is written last
     params = _numpy_leaves_to_jax(params)
-    checkpointer = ocp.StandardCheckpointer()
     # orbax writes to a temporary directory and renames it when complete (atomic).
-    checkpointer.save(os.path.abspath(os.path.join(out_dir, PARAMS_DIR)), params, force=True)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(os.path.join(out_dir, PARAMS_DIR)), params, force=True)
+        checkpointer.wait_until_finished()
     files = [PARAMS_DIR]
     if jax.process_index() == 0:
         dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves(params)}
+        files += hf.copy_tokenizer(tokenizer_dir, out_dir)
         files.append(hf.write_config(out_dir, config, task, extra=extra_config,
                                      dtype=dtypes.pop() if len(dtypes) == 1 else None))
-        files += hf.copy_tokenizer(tokenizer_dir, out_dir)
     return files
 
 
@@ -92,8 +95,21 @@ def load_jax_dir(path: str, *, shardings=None, dtype=None):
 
     config, task, _ = read_config(path)
     ckpt = os.path.abspath(os.path.join(path, PARAMS_DIR))
-    checkpointer = ocp.StandardCheckpointer()
-    tree = checkpointer.metadata(ckpt).item_metadata.tree
+    # Closed on every path: an open checkpointer's threads spew tracebacks at exit.
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = _restore(checkpointer, ckpt, shardings, dtype)
+    _check_layout(params, config, task, path)
+    return params, config, task
+
+
+def _restore(checkpointer, ckpt: str, shardings, dtype):
+    import orbax.checkpoint as ocp
+
+    try:
+        tree = checkpointer.metadata(ckpt).item_metadata.tree
+    except Exception as e:  # orbax says little that is uniform about a damaged directory
+        raise ConversionError(f"{ckpt} is not a readable orbax checkpoint: "
+                              f"{type(e).__name__}: {_first_line(e)}") from None
     if shardings is None or isinstance(shardings, jax.sharding.Sharding):
         shardings = jax.tree.map(lambda _: shardings, tree)
     try:
@@ -101,15 +117,17 @@ def load_jax_dir(path: str, *, shardings=None, dtype=None):
             lambda m, s: jax.ShapeDtypeStruct(m.shape, dtype or m.dtype, sharding=s), tree, shardings)
     except ValueError as e:
         raise ConversionError(f"the shardings given do not match the params in {ckpt}: {e}") from None
-    if all(s is None for s in jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: x is None)):
-        # No shardings: restore as numpy on the host (never needs the saving mesh).
-        restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), tree)
-        params = ocp.PyTreeCheckpointer().restore(
-            ckpt, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
-    else:
-        params = checkpointer.restore(ckpt, target)
-    _check_layout(params, config, task, path)
-    return params, config, task
+    try:
+        if all(s is None for s in jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: x is None)):
+            # No shardings: restore as numpy on the host (never needs the saving mesh).
+            restore_args = jax.tree.map(
+                lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), tree)
+            with ocp.PyTreeCheckpointer() as host:
+                return host.restore(
+                    ckpt, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+        return checkpointer.restore(ckpt, target)
+    except (ValueError, OSError, KeyError) as e:  # tensorstore reports damaged data as these
+        raise ConversionError(f"cannot restore the params in {ckpt}: {_first_line(e)}") from None
 
 
 def _check_layout(params, config: RobertaConfig, task: str, path: str) -> None:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from roberta_jax.config import RobertaConfig
+from roberta_jax.convert.hf import _first_line
 from roberta_jax.errors import ConfigError, ConversionError
 
 CHECKPOINTS = "checkpoints"
@@ -33,11 +34,12 @@ def workdir_config(workdir: str) -> RobertaConfig:
     file = os.path.join(workdir, "config.json")
     try:
         with open(file) as f:
-            model = json.load(f).get("model")
+            raw = json.load(f)
     except FileNotFoundError:
         raise ConversionError(f"workdir {workdir!r} has no config.json (the resolved config)") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{file} is not valid JSON: {e}") from None
+    model = raw.get("model") if isinstance(raw, dict) else None
     if model is None:
         raise ConversionError(f"{file} has no 'model' entry")
     fields = {f.name for f in dataclasses.fields(RobertaConfig)}
@@ -82,8 +84,13 @@ def load_workdir_params(workdir: str, step: int | None = None, dtype=None) -> tu
         restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype),
                                     tree["params"])
         # partial_restore: read 'params' only; optimizer state and step stay on disk.
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item={"params": target}, restore_args={"params": restore_args},
+                partial_restore=True)))
+        except (ValueError, OSError, KeyError) as e:  # tensorstore's word for damaged data
+            raise ConversionError(f"cannot restore the params of step {step} in {directory}: "
+                                  f"{_first_line(e)}") from None
     finally:
         manager.close()
     print(f"workdir {workdir}: read params of step {step}")
