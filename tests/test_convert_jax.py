@@ -16,7 +16,7 @@ import roberta_jax as rj
 from roberta_jax import cli
 from roberta_jax.convert import convert, detect_format
 from roberta_jax.convert.jax_dir import load_jax_dir
-from roberta_jax.convert.workdir import load_workdir_params
+from roberta_jax.convert import load_workdir_params  # the name docs/converting.md gives
 from roberta_jax.errors import ConversionError
 from roberta_jax.model import init_params
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import fairseq, hf, jax_dir, mapping, workdir
+from roberta_jax.convert.workdir import load_workdir_params
 from roberta_jax.errors import ConversionError
 
 FORMATS = ("hf", "jax", "fairseq", "workdir")
@@ -287,4 +288,5 @@ def save_pretrained(out_dir, params, config: RobertaConfig, task: str | None = N
     return files
 
 
-__all__ = ["convert", "detect_format", "from_pretrained", "save_pretrained", "load", "FORMATS"]
+__all__ = ["convert", "detect_format", "from_pretrained", "save_pretrained", "load",
+           "load_workdir_params", "FORMATS"]
