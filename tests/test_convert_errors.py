@@ -121,7 +121,8 @@ def test_interrupted_save_does_not_look_complete(tmp_path, src, monkeypatch, to)
     with pytest.raises(ConversionError, match="holds no checkpoint|has no config.json"):
         detect_format(dst)
     monkeypatch.undo()
-    convert(src[0], dst, to=to, dtype="float16")  # a rerun completes it
+    files = convert(src[0], dst, to=to, dtype="float16")  # a rerun completes it
     assert detect_format(dst) == to
+    assert str(dst / "config.json") in files and all(os.path.exists(f) for f in files), files
     if to == "hf":
         assert {x.dtype for x in load_file(dst / "model.safetensors").values()} == {np.dtype(np.float16)}

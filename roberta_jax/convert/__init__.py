@@ -182,7 +182,8 @@ def _write(loaded: Loaded, dst: str, to: str, *,
         raise ConversionError(f"unknown output format {to!r}; choose 'hf' or 'jax'")
     if loaded.vocab is not None and jax.process_index() == 0:
         files += fairseq.write_vocab(dst, loaded.vocab, loaded.dict_file)
-    return files
+    # Writers report bare names or full paths; callers get paths (all files sit in dst).
+    return [os.path.join(dst, os.path.basename(f)) for f in files]
 
 
 def _to_host(x) -> np.ndarray:
@@ -203,7 +204,7 @@ def convert(src, dst, *, to: str, task: str | None = None, dtype: str | None = N
             allow_new_head: bool = False, step: int | None = None,
             max_shard_size: int = hf.DEFAULT_MAX_SHARD_SIZE) -> list[str]:
     """Convert checkpoint `src` (any supported format) into directory `dst` as "hf" or "jax".
-    Returns the files written."""
+    Returns the paths written."""
     src, dst = os.fspath(src), os.fspath(dst)
     if to not in ("hf", "jax"):
         raise ConversionError(f"unknown output format {to!r}; choose 'hf' or 'jax'")
