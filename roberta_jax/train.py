@@ -264,9 +264,12 @@ def _init_from(path: str, model_config: RobertaConfig, dtype, mesh, rules, param
 
 # ============================================================================ the loop
 def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
-             on_step: Callable[[int], None] | None = None) -> dict:
+             on_step: Callable[[int], None] | None = None,
+             transfer_guard: str = "allow") -> dict:
     """Train (or resume) in `workdir`; returns the last logged metrics plus 'preempted'.
-    on_step(step) runs after every dispatched step (tests use it to send signals)."""
+    on_step(step) runs after every dispatched step (tests use it to send signals).
+    transfer_guard: `jax.transfer_guard` level for the loop; tests pass "disallow" to prove
+    every host<->device copy in it is explicit (device_put / device_get)."""
     from roberta_jax.data import check_max_positions, check_tokenizer, read_metadata
     from roberta_jax.data.loader import make_loader, to_global_array
     from roberta_jax.model import make_model, param_count
@@ -340,9 +343,11 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
         abstract, batch_struct).compile()
     eval_step = steps.jit_eval_step(steps.make_eval_step(model, masking, mesh=mesh, rules=rules),
                                     state_shardings.params, batch_sharding)
+    # One device array per eval batch: indexing a stacked device array inside the loop would
+    # be an implicit host-to-device transfer of the index.
     eval_rngs = jax.device_put(
-        np.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed + 1), i))
-                  for i in range(cfg.eval_batches)]), sharding.replicated(mesh))
+        [jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed + 1), i))
+         for i in range(cfg.eval_batches)], sharding.replicated(mesh))
     num_params = param_count(state.params)
     flops = metrics_lib.flops_per_token(model_config, num_params, cfg.seq_len,
                                          masking.max_predictions(cfg.seq_len))
@@ -396,7 +401,7 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
     # ---------------------------------------------------------------- train
     preempted = False
     try:
-        with Preemption() as preemption:
+        with Preemption() as preemption, jax.transfer_guard(transfer_guard):
             pending = None
             throughput.reset(start)
             for step in range(start + 1, cfg.steps + 1):

@@ -54,13 +54,16 @@ def train_losses(workdir) -> dict[int, float]:
 
 
 def reference_run(tmp_path_factory) -> dict:
-    """One uninterrupted 6-step run on mesh data=8: {'workdir', 'losses', 'result'}."""
+    """One uninterrupted 6-step run on mesh data=8, its loop under
+    jax.transfer_guard("disallow"): {'workdir', 'losses', 'result'}."""
     if "reference" not in _cache:
         from roberta_jax.train import load_config, pretrain
 
         workdir = tmp_path_factory.mktemp("reference") / "wd"
         cfg = load_config(CONFIG, tiny_overrides(corpus(tmp_path_factory)))
-        result = pretrain(cfg, str(workdir))
+        # The loop runs under transfer_guard("disallow"): every host<->device copy in it
+        # (batches in, metrics out, checkpoints) must be explicit.
+        result = pretrain(cfg, str(workdir), transfer_guard="disallow")
         _cache["reference"] = {"workdir": str(workdir), "losses": train_losses(workdir),
                                "result": result}
     return _cache["reference"]
