@@ -211,3 +211,35 @@ def test_hf_source_reads_a_local_dataset_directory(tmp_path):
     assert docs == ["One.", "Two."]
     with pytest.raises(DataError, match="cannot load hf:"):
         list(iter_documents([f"hf:{tmp_path / 'missing'}"], SourceStats()))
+
+
+def test_tfds_source_reads_an_array_record_copy(tmp_path, monkeypatch):
+    """`tfds:NAME[:SPLIT]` via tfds.data_source: a tiny array_record dataset written without
+    TensorFlow, found through TFDS_DATA_DIR; tfds's many-line errors become one line."""
+    import tensorflow_datasets as tfds
+
+    class RobertaJaxTinyText(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(["One.", "  "]),
+                    "test": self._generate_examples(["Caf\u00e9 two."])}
+
+        def _generate_examples(self, texts):
+            yield from enumerate({"text": t} for t in texts)
+
+    RobertaJaxTinyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    stats = SourceStats()
+    docs = list(iter_documents(["tfds:roberta_jax_tiny_text", "tfds:roberta_jax_tiny_text:test"],
+                               stats))
+    assert docs == ["One.", "Caf\u00e9 two."] and stats.empty_documents == 1
+    with pytest.raises(DataError, match="has no field 'body'"):
+        list(iter_documents(["tfds:roberta_jax_tiny_text"], SourceStats(), text_field="body"))
+    with pytest.raises(DataError, match="cannot open tfds:no_such_dataset") as e:
+        list(iter_documents(["tfds:no_such_dataset"], SourceStats()))
+    assert "\n" not in str(e.value)

@@ -107,17 +107,28 @@ def _disk_docs(path: str, text_field: str) -> Iterator[str]:
 
 
 def _tfds_docs(spec: str, text_field: str, stats: SourceStats) -> Iterator[str]:
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"tfds:{spec} needs tensorflow-datasets and array-record "
+                        f"(pip install tensorflow-datasets array-record)") from e
 
     name, split = (spec.split(":") + [None])[:2]
+    data_dir = os.environ.get("TFDS_DATA_DIR")  # read here: tfds reads it only at import
     try:
-        source = tfds.data_source(name, split=split or "train")
+        source = tfds.data_source(name, split=split or "train", data_dir=data_dir)
     except Exception as e:
-        raise DataError(f"cannot open tfds:{spec} (needs a prepared array_record copy): {e}") from e
+        # tfds's messages run to hundreds of lines (every dataset it knows); keep the first.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot open tfds:{spec} (an array_record copy under "
+                        f"{data_dir or '~/tensorflow_datasets'}, see TFDS_DATA_DIR): "
+                        f"{reason}") from e
     for i in range(len(source)):
-        value = source[i][text_field] if text_field in source[i] else None
-        if value is None:
-            raise DataError(f"tfds:{spec} record {i} has no field {text_field!r}")
+        record = source[i]
+        if text_field not in record:
+            raise DataError(f"tfds:{spec} record {i} has no field {text_field!r} "
+                            f"(fields: {sorted(record)})")
+        value = record[text_field]
         yield _decode(value, stats) if isinstance(value, bytes) else str(value)
 
 
