@@ -52,8 +52,13 @@ def test_paper_recipes():
     for cfg, lr, warmup in ((base, 6e-4, 24_000), (large, 4e-4, 30_000)):
         assert (cfg.batch_size, cfg.steps, cfg.seq_len, cfg.optimizer) == (8192, 500_000, 512, "adamw")
         assert (cfg.learning_rate, cfg.warmup_steps) == (lr, warmup)
-        assert (cfg.adam_b2, cfg.adam_eps, cfg.weight_decay) == (0.98, 1e-6, 0.01)
-    assert (lamb.optimizer, lamb.batch_size) == ("lamb", 32_768)
+        assert (cfg.adam_b1, cfg.adam_b2, cfg.adam_eps, cfg.weight_decay) == (0.9, 0.98, 1e-6, 0.01)
+        assert (cfg.schedule, cfg.end_learning_rate, cfg.mask_prob) == ("linear", 0.0, 0.15)
+        model = resolve_model_config(cfg, {"vocab_size": 50265})
+        assert model.hidden_dropout_prob == model.attention_probs_dropout_prob == 0.1
+    assert (lamb.optimizer, lamb.batch_size, lamb.seq_len) == ("lamb", 32_768, 512)
+    # The same sequences as the 8K recipe: 32K x 125K = 8K x 500K.
+    assert lamb.batch_size * lamb.steps == base.batch_size * base.steps
     assert resolve_model_config(large, {"vocab_size": 50265}).hidden_size == 1024
 
 
