@@ -8,7 +8,9 @@ Run (after `scripts/demo.sh` has made the tokenizer and prepared data, or make t
 
 What it should show: the training loss falls from ~9.0 (ln 8192) to ~5.9 and the held-out
 `eval` lines' MLM accuracy rises from ~0.11 (step 200) to ~0.145 (step 1000), in about four
-minutes on 2 CPU cores (measured run in docs/pretraining.md). Every key can be overridden, e.g. `--config.steps=100 --config.model.hidden_size=64`.
+minutes on 2 CPU cores (measured run in docs/pretraining.md). Every key can be overridden, e.g.
+`--config.steps=100 --config.warmup_steps=10 --config.model.hidden_size=64` (warmup_steps must
+stay below steps).
 """
 
 import ml_collections
