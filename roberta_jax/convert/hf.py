@@ -46,16 +46,21 @@ def weight_files(path: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ config
+def read_json(file: str, *, missing: str):
+    """A JSON file's value; ConversionError `missing` if absent, or naming the parse error."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConversionError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{file} is not valid JSON: {e}") from None
+
+
 def read_config(path: str) -> tuple[RobertaConfig, dict]:
     """(RobertaConfig, raw config.json dict) of an HF directory; refuses non-RoBERTa models."""
     file = os.path.join(path, "config.json")
-    try:
-        with open(file) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise ConversionError(f"{path!r} has no config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{file} is not valid JSON: {e}") from None
+    raw = read_json(file, missing=f"{path!r} has no config.json")
     if not isinstance(raw, dict):
         raise ConversionError(f"{file} holds a JSON {type(raw).__name__}, not an object of config fields")
     model_type = raw.get("model_type")

@@ -12,13 +12,13 @@ neither the training mesh nor the optimizer state's memory is ever needed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import numpy as np
 
 from roberta_jax.config import RobertaConfig
+from roberta_jax.convert import hf
 from roberta_jax.convert.hf import _first_line
 from roberta_jax.errors import ConfigError, ConversionError
 
@@ -32,13 +32,7 @@ def is_workdir(path: str) -> bool:
 def workdir_config(workdir: str) -> RobertaConfig:
     """The model config recorded in WORKDIR/config.json."""
     file = os.path.join(workdir, "config.json")
-    try:
-        with open(file) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise ConversionError(f"workdir {workdir!r} has no config.json (the resolved config)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{file} is not valid JSON: {e}") from None
+    raw = hf.read_json(file, missing=f"workdir {workdir!r} has no config.json (the resolved config)")
     model = raw.get("model") if isinstance(raw, dict) else None
     if model is None:
         raise ConversionError(f"{file} has no 'model' entry")
