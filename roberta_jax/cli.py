@@ -24,13 +24,17 @@ def _add_convert(sub):
     p.add_argument("--allow-new-head", action="store_true",
                    help="initialise a task head the source lacks (and say which keys were created)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a pretraining workdir")
+    p.add_argument("--max-shard-size-gb", type=float, default=5.0,
+                   help="HF output: split model.safetensors into shards of at most this size "
+                        "(default 5, like transformers)")
     p.set_defaults(func=_run_convert)
 
 
 def _run_convert(args):
     from roberta_jax.convert import convert
     convert(args.src, args.dst, to=args.to, task=args.task, dtype=args.dtype,
-            allow_new_head=args.allow_new_head, step=args.step)
+            allow_new_head=args.allow_new_head, step=args.step,
+            max_shard_size=int(args.max_shard_size_gb * 1e9))
 
 
 # --------------------------------------------------------------------------- tokenizer

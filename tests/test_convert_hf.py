@@ -162,6 +162,16 @@ def test_sharded_output_and_input(tmp_path, mlm_dir):
     assert not [f for f in os.listdir(tmp_path / "sharded") if f.startswith("model-")]
 
 
+def test_cli_max_shard_size(tmp_path, mlm_dir, capsys):
+    assert cli.main(["convert", str(mlm_dir[0]), str(tmp_path / "cli"), "--to", "hf",
+                     "--max-shard-size-gb", "2e-5"]) == 0
+    assert os.path.isfile(tmp_path / "cli" / hf.SAFE_INDEX)
+    assert cli.main(["convert", str(mlm_dir[0]), str(tmp_path / "bad"), "--to", "hf",
+                     "--max-shard-size-gb", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "roberta-jax convert: error: max shard size must be positive; got 0 bytes"
+
+
 def _write_bin(path, state, config_src):
     os.makedirs(path, exist_ok=True)
     shutil.copy(os.path.join(config_src, "config.json"), path)

@@ -208,6 +208,8 @@ def convert(src, dst, *, to: str, task: str | None = None, dtype: str | None = N
     src, dst = os.fspath(src), os.fspath(dst)
     if to not in ("hf", "jax"):
         raise ConversionError(f"unknown output format {to!r}; choose 'hf' or 'jax'")
+    if max_shard_size <= 0:
+        raise ConversionError(f"max shard size must be positive; got {max_shard_size} bytes")
     _check_dst(src, dst)
     if step is not None and detect_format(src) != "workdir":
         raise ConversionError(f"--step applies to pretraining workdirs; {src!r} is not one")
