@@ -20,8 +20,6 @@ import orbax.checkpoint as ocp
 
 from roberta_jax.errors import UserError
 
-STATE_KEYS = ("step", "params", "opt_state", "rng")
-
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")

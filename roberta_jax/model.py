@@ -304,7 +304,7 @@ class RobertaForMaskedLM(_Task):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, masked_positions=None):
-        cfg, init = self.config, _Init(self.config)
+        cfg = self.config
         backbone = self.backbone()
         hidden, _ = backbone(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         if masked_positions is not None:

@@ -19,7 +19,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from roberta_jax import masking
 from roberta_jax.data import read_metadata

@@ -31,7 +31,6 @@ def train_tokenizer(sources: Iterable[str], out_dir: str, *, vocab_size: int,
     """Train a byte-level BPE of `vocab_size` ids (fewer, and said so, if the text runs out of
     merges) on SOURCES and save it to out_dir; `<mask>` is the last id."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaTokenizerFast
 
     # 256 byte symbols + 5 specials is the smallest vocabulary byte-level BPE can have.
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
