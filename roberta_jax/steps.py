@@ -66,10 +66,7 @@ class MaskingConfig:
         vocab_size = len(tok) if vocab_size is None else int(vocab_size)
         word_start = None
         if kw.get("whole_word"):
-            table = np.zeros(vocab_size, bool)
-            ws = word_start_table(tok)[:vocab_size]
-            table[:ws.shape[0]] = ws
-            word_start = tuple(bool(b) for b in table)
+            word_start = tuple(bool(b) for b in word_start_table(tok, vocab_size))
         return cls(vocab_size=vocab_size, mask_id=tok.mask_token_id,
                    special_ids=special_ids(tok), word_start=word_start, **kw)
 
@@ -89,19 +86,26 @@ class MaskingConfig:
 
 
 # ---------------------------------------------------------------------------- state
+def _as_key(rng: jax.Array) -> jax.Array:
+    """A typed key from a typed key or raw key data."""
+    return rng if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
+
+
+def _step0_state(tx: optax.GradientTransformation, params: Any, train_rng: jax.Array) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(train_rng))
+
+
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation):
     def init(rng: jax.Array) -> TrainState:
         params_rng, train_rng = jax.random.split(rng)
-        params = nn.unbox(init_boxed(model, params_rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=jax.random.key_data(train_rng))
+        return _step0_state(tx, nn.unbox(init_boxed(model, params_rng)), train_rng)
     return init
 
 
-def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
-                    rules) -> TrainState:
-    """NamedShardings of every TrainState leaf: params by their logical axes, optimizer
-    moments like their params, scalars (step, counts, rng) replicated."""
+def _abstract_and_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                            rules) -> tuple[TrainState, TrainState]:
+    """(TrainState of ShapeDtypeStructs without shardings, NamedShardings of every leaf)."""
     rng = jax.random.key(0)
     boxed = jax.eval_shape(lambda r: init_boxed(model, r), rng)
     params_sh = sharding_lib.shardings_of(boxed, mesh, rules)
@@ -109,41 +113,42 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
     rep = sharding_lib.replicated(mesh)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, params_sh,
                                    transform_non_params=lambda _: rep)
-    return TrainState(step=rep, params=params_sh, opt_state=opt_sh, rng=rep)
+    return abstract, TrainState(step=rep, params=params_sh, opt_state=opt_sh, rng=rep)
+
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                    rules) -> TrainState:
+    """NamedShardings of every TrainState leaf: params by their logical axes, optimizer
+    moments like their params, scalars (step, counts, rng) replicated."""
+    return _abstract_and_shardings(model, tx, mesh, rules)[1]
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
     """Initialise params and optimizer state directly into their shardings (never a
     replicated copy). rng: a typed key or raw key data. Returns (state, shardings)."""
-    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng)
     shardings = state_shardings(model, tx, mesh, rules)
-    state = jax.jit(_init_fn(model, tx), out_shardings=shardings)(rng)
+    state = jax.jit(_init_fn(model, tx), out_shardings=shardings)(_as_key(rng))
     return state, shardings
 
 
 def train_state_from_params(model: nn.Module, tx: optax.GradientTransformation, params: Any,
                             rng: jax.Array, mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
     """A step-0 state around given params (e.g. converted weights), placed in its shardings."""
-    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.wrap_key_data(rng)
     shardings = state_shardings(model, tx, mesh, rules)
 
     def build(params, rng):
         _, train_rng = jax.random.split(rng)  # the same training key as create_train_state
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=jax.random.key_data(train_rng))
+        return _step0_state(tx, params, train_rng)
     state = jax.jit(build, in_shardings=(shardings.params, None), out_shardings=shardings)(
-        params, rng)
+        params, _as_key(rng))
     return state, shardings
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                          rules) -> tuple[TrainState, TrainState]:
     """ShapeDtypeStructs carrying the shardings of `mesh` (targets for an orbax restore)."""
-    shardings = state_shardings(model, tx, mesh, rules)
-    abstract = jax.eval_shape(_init_fn(model, tx), jax.random.key(0))
+    abstract, shardings = _abstract_and_shardings(model, tx, mesh, rules)
     structs = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return structs, shardings
@@ -224,10 +229,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, masking:
             grads_acc, loss_acc, correct_acc = carry
             i, inputs, targets, weights = xs
 
-            def loss_sum_fn(params):
-                loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id, P,
-                                              jax.random.fold_in(dropout_rng, i), mesh, rules)
-                return loss_sum, correct
+            def loss_sum_fn(params):  # -> (loss sum, aux: correct predictions)
+                return _mlm_sums(model, params, inputs, targets, weights, pad_id, P,
+                                 jax.random.fold_in(dropout_rng, i), mesh, rules)
 
             (loss_sum, correct), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(
                 state.params)
@@ -262,9 +266,7 @@ def make_eval_step(model: nn.Module, masking: MaskingConfig, *, mesh: Mesh | Non
     pad_id = model.config.pad_token_id
 
     def eval_fn(params, tokens_BxL, rng):
-        if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-            rng = jax.random.wrap_key_data(rng)
-        inputs, targets, weights = masking.mask(rng, tokens_BxL)
+        inputs, targets, weights = masking.mask(_as_key(rng), tokens_BxL)
         loss_sum, correct = _mlm_sums(model, params, inputs, targets, weights, pad_id,
                                       masking.max_predictions(tokens_BxL.shape[1]), None,
                                       mesh, rules)

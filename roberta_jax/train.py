@@ -231,10 +231,8 @@ def _masking_config(cfg, model_config: RobertaConfig, data_meta: dict) -> steps.
     if cfg.get("whole_word_masking", False):
         from roberta_jax.data.tokenizer import load_tokenizer, word_start_table
 
-        table = np.zeros(model_config.vocab_size, bool)
-        ws = word_start_table(load_tokenizer(cfg.data.tokenizer or data_meta["tokenizer_dir"]))
-        table[:len(ws)] = ws[:model_config.vocab_size]
-        word_start = tuple(bool(b) for b in table)
+        tok = load_tokenizer(cfg.data.tokenizer or data_meta["tokenizer_dir"])
+        word_start = tuple(bool(b) for b in word_start_table(tok, model_config.vocab_size))
     return steps.MaskingConfig(
         vocab_size=model_config.vocab_size, mask_id=int(data_meta["mask_id"]),
         special_ids=tuple(data_meta["special_ids"]), mask_prob=float(cfg.get("mask_prob", 0.15)),

@@ -100,9 +100,12 @@ def special_ids(tok) -> tuple[int, ...]:
     return tuple(sorted(set(tok.all_special_ids)))
 
 
-def word_start_table(tok) -> np.ndarray:
-    """bool (len(tok),): the token starts a word (leads with `Ġ`), for whole-word masking."""
-    table = np.zeros(len(tok), dtype=bool)
+def word_start_table(tok, size: int | None = None) -> np.ndarray:
+    """bool (size,): the token starts a word (leads with `Ġ`), for whole-word masking. size
+    defaults to len(tok); a model's vocabulary may be larger (ids past the tokenizer's are
+    not word starts) or smaller (the table is cut)."""
+    table = np.zeros(len(tok) if size is None else size, dtype=bool)
     for token, i in tok.get_vocab().items():
-        table[i] = token.startswith(WORD_START)
+        if i < table.shape[0]:
+            table[i] = token.startswith(WORD_START)
     return table
