@@ -11,7 +11,6 @@ neither the training mesh nor the optimizer state's memory is ever needed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
@@ -21,6 +20,7 @@ from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import hf
 from roberta_jax.convert.hf import _first_line
 from roberta_jax.errors import ConfigError, ConversionError
+from roberta_jax.experiment import model_config_from_spec
 
 CHECKPOINTS = "checkpoints"
 
@@ -36,16 +36,8 @@ def workdir_config(workdir: str) -> RobertaConfig:
     model = raw.get("model") if isinstance(raw, dict) else None
     if model is None:
         raise ConversionError(f"{file} has no 'model' entry")
-    fields = {f.name for f in dataclasses.fields(RobertaConfig)}
     try:
-        if isinstance(model, str):
-            return RobertaConfig.preset(model)
-        model = dict(model)
-        preset = model.pop("preset", None)
-        unknown = sorted(set(model) - fields)
-        if unknown:
-            raise ConversionError(f"{file}: model has keys that are not RobertaConfig fields: {unknown}")
-        return RobertaConfig.preset(preset, **model) if preset else RobertaConfig(**model)
+        return model_config_from_spec(model)
     except ConfigError as e:
         raise ConversionError(f"{file}: {e}") from None
 
