@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from roberta_jax.errors import ConfigError
+from roberta_jax.files import write_text_atomic
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -185,13 +186,8 @@ class RobertaConfig:
 
     def save(self, directory: str | os.PathLike, architectures: list[str] | None = None) -> str:
         os.makedirs(directory, exist_ok=True)
-        file = os.path.join(directory, "config.json")
-        tmp = file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_hf_dict(architectures), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, file)
-        return file
+        return write_text_atomic(os.path.join(directory, "config.json"), json.dumps(
+            self.to_hf_dict(architectures), indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax.config import RobertaConfig
+from roberta_jax.files import write_text_atomic
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets). Keys match `device.device_kind`
 # substrings; the longest match wins ("TPU v5 lite" before "TPU v5").
@@ -135,13 +136,6 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class MetricsWriter:
     """Writes metrics.jsonl, TensorBoard events and console lines (process 0 only).
 
@@ -159,7 +153,7 @@ class MetricsWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= start_step]
-        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter

@@ -28,6 +28,7 @@ from roberta_jax.config import RobertaConfig
 from roberta_jax.errors import ConfigError, UserError
 from roberta_jax.experiment import (  # noqa: F401  (re-exported: tests and callers import them here)
     DTYPES, apply_override, load_config, resolve_model_config, validate_config)
+from roberta_jax.files import write_text_atomic
 
 
 class NonFiniteLossError(UserError):
@@ -94,11 +95,8 @@ class Preemption:
 def _write_config(cfg: ml_collections.ConfigDict, model_config: RobertaConfig, workdir: str) -> None:
     resolved = ml_collections.ConfigDict(cfg.to_dict())
     resolved.model = dataclasses.asdict(model_config)
-    path = os.path.join(workdir, "config.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(resolved.to_json(indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(os.path.join(workdir, "config.json"),
+                      resolved.to_json(indent=2, sort_keys=True) + "\n")
 
 
 def _masking_config(cfg, model_config: RobertaConfig, data_meta: dict) -> steps.MaskingConfig:

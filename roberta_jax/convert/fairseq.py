@@ -21,6 +21,7 @@ import numpy as np
 from roberta_jax.config import ACTIVATIONS, RobertaConfig
 from roberta_jax.convert.hf import torch_load, torch_to_numpy
 from roberta_jax.errors import ConversionError
+from roberta_jax.files import write_text_atomic
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 VOCAB_FILE = "vocab_fairseq.txt"
@@ -172,10 +173,7 @@ def write_vocab(out_dir: str, vocab: list[str], dict_file: str | None) -> list[s
     for name, text in ((VOCAB_FILE, "".join(f"{s}\n" for s in vocab)),
                        ("README.md", f"Converted from a fairseq RoBERTa checkpoint by roberta_jax.\n\n"
                                      f"Vocabulary: {VOCAB_NOTE}.\n")):
-        path = os.path.join(out_dir, name)
-        with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(f"{path}.tmp{os.getpid()}", path)
+        write_text_atomic(os.path.join(out_dir, name), text)
         files.append(name)
     if dict_file:
         files += copy_tokenizer(os.path.dirname(dict_file), out_dir)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import mapping
 from roberta_jax.errors import ConfigError, ConversionError
+from roberta_jax.files import write_text_atomic
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -96,12 +97,7 @@ def write_config(out_dir: str, config: RobertaConfig, task: str, *, extra: dict 
 
 
 def write_json(file: str, obj) -> str:
-    tmp = f"{file}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, file)
-    return file
+    return write_text_atomic(file, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------ reading
