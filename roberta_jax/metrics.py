@@ -220,3 +220,23 @@ def plot_metrics(records: Iterable[dict], png_path: str) -> str:
     plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
+
+
+def describe_memory(compiled) -> str:
+    """Per-device memory of a compiled step (XLA's buffer assignment), before it runs: state
+    and batch (arguments), outputs not aliased to donated inputs, and temporaries
+    (activations kept for the backward pass). '' when the backend does not report it."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends/plugins raise instead of returning None
+        return ""
+    if m is None:
+        return ""
+    new_outputs = max(m.output_size_in_bytes - m.alias_size_in_bytes, 0)
+    total = m.argument_size_in_bytes + new_outputs + m.temp_size_in_bytes
+    return (f"per-device memory: {_bytes(total)} (arguments {_bytes(m.argument_size_in_bytes)}, "
+            f"temporaries {_bytes(m.temp_size_in_bytes)}, new outputs {_bytes(new_outputs)})")
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"

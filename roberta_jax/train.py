@@ -229,6 +229,10 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *,
               f"({jax.process_count()} processes); train step compiled in "
               f"{time.perf_counter() - t0:.1f}s; peak {peak:.3g} FLOP/s ({peak_source})",
               flush=True)
+        # Known before the first step runs: an out-of-memory config shows here, not mid-run.
+        memory = metrics_lib.describe_memory(train_step)
+        if memory:
+            print(memory, flush=True)
 
     writer = metrics_lib.MetricsWriter(workdir, start_step=start, total_steps=cfg.steps,
                                        enabled=primary)

@@ -74,3 +74,15 @@ def test_disabled_writer_writes_nothing(tmp_path):
     w.write(1, {"loss": 1.0})
     w.close()
     assert not os.path.exists(tmp_path / "wd")
+
+
+def test_describe_memory_reports_compiled_step_sizes():
+    import jax
+    import jax.numpy as jnp
+
+    compiled = jax.jit(lambda x: x @ x, donate_argnums=0).lower(
+        jax.ShapeDtypeStruct((256, 256), jnp.float32)).compile()
+    text = m.describe_memory(compiled)
+    # 256 x 256 float32 = 0.25 MiB of arguments.
+    assert text.startswith("per-device memory: ") and "(arguments 0.2 MiB" in text
+    assert m.describe_memory(object()) == ""
