@@ -200,6 +200,20 @@ def test_pytorch_bin_single_and_sharded(tmp_path, mlm_dir):
     assert_same_tensors(tensors(tmp_path / "from_bin_sharded"), tensors(src))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_bin_converts_bit_exact(tmp_path, mlm_dir, dtype):
+    """A .bin holding bf16/fp16 tensors -> safetensors with the same dtype and bits."""
+    src, model = mlm_dir
+    state = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    _write_bin(tmp_path / "bin", state, src)
+    convert(tmp_path / "bin", tmp_path / "out", to="hf")
+    out = tensors(tmp_path / "out")
+    for k, v in out.items():
+        ref = state[k].view(torch.int16).numpy()  # the raw 16-bit patterns
+        assert str(v.dtype) == str(dtype).split(".")[1], k
+        np.testing.assert_array_equal(v.view(np.int16), ref, err_msg=k)
+
+
 def test_tokenizer_files_are_copied(tmp_path, mlm_dir):
     src = tmp_path / "src"
     shutil.copytree(mlm_dir[0], src)
